@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -30,15 +31,21 @@ def count_gmacs(model: torch.nn.Module, input_size: tuple[int, int, int]) -> flo
     return counter.get_total_flops() / 2e9
 
 
-def images_per_second(model: torch.nn.Module, input_size, batch_size: int = 16, seconds: float = 2.0) -> float:
+def images_per_second(models: dict, input_size, batch_size: int = 16, seconds: float = 2.0, rounds: int = 3) -> dict:
+    """Median img/s per model, measured in interleaved rounds so machine noise hits every model alike."""
     x = torch.randn(batch_size, *input_size)
+    samples = {name: [] for name in models}
     with torch.inference_mode():
-        model(x)  # warm-up
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds or done == 0:
-            model(x)
-            done += batch_size
-    return done / (time.perf_counter() - start)
+        for model in models.values():
+            model(x)  # warm-up
+        for _ in range(rounds):
+            for name, model in models.items():
+                done, start = 0, time.perf_counter()
+                while time.perf_counter() - start < seconds / rounds or done == 0:
+                    model(x)
+                    done += batch_size
+                samples[name].append(done / (time.perf_counter() - start))
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def model_table(names, batch_size: int = 16, seconds: float = 2.0, **kwargs) -> list[dict]:
@@ -47,16 +54,13 @@ def model_table(names, batch_size: int = 16, seconds: float = 2.0, **kwargs) -> 
 
     import vitkd_zoo  # noqa: F401
 
-    rows = []
-    for name in names:
-        model = timm.create_model(name, **kwargs).eval()
-        input_size = tuple(model.pretrained_cfg["input_size"]) if not kwargs.get("img_size") else (
-            kwargs.get("in_chans", 3), kwargs["img_size"], kwargs["img_size"])
-        rows.append(dict(
-            model=name, params=count_params(model), gmacs=round(count_gmacs(model, input_size), 4),
-            img_per_s=round(images_per_second(model, input_size, batch_size, seconds), 1),
-        ))
-    return rows
+    models = {name: timm.create_model(name, **kwargs).eval() for name in names}
+    first = next(iter(models.values()))
+    input_size = tuple(first.pretrained_cfg["input_size"]) if not kwargs.get("img_size") else (
+        kwargs.get("in_chans", 3), kwargs["img_size"], kwargs["img_size"])
+    speed = images_per_second(models, input_size, batch_size, seconds)
+    return [dict(model=name, params=count_params(m), gmacs=round(count_gmacs(m, input_size), 4),
+                 img_per_s=round(speed[name], 1)) for name, m in models.items()]
 
 
 def format_table(rows: list[dict], baseline: str = BASELINE) -> str:
