@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ def _has_files(folder: Path) -> bool:
     )
 
 
-def find_fashion_mnist(root: Optional[str | os.PathLike] = None) -> Optional[Path]:
+def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path | None:
     """Return the folder holding the four IDX files, or None. Looks at ``root``, ``$VITKD_FASHION_MNIST``,
     the Debian package, then our download cache (torchvision's ``FashionMNIST/raw`` layout included)."""
     candidates = [root, os.environ.get("VITKD_FASHION_MNIST"), DEBIAN_DIR, _cache_dir()]
@@ -78,7 +78,7 @@ def _read_idx(path: Path, header: int) -> np.ndarray:
 
 
 def load_fashion_mnist(
-        split: str = "train", root: Optional[str | os.PathLike] = None, download: bool = True,
+        split: str = "train", root: str | os.PathLike | None = None, download: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load one split as ``(images uint8 [N, 28, 28], labels int64 [N])``."""
     if split not in _FILES:
@@ -111,9 +111,9 @@ class FashionMNIST(Dataset):
     def __init__(
             self,
             split: str = "train",
-            transform: Optional[Callable] = None,
-            root: Optional[str | os.PathLike] = None,
-            max_samples: Optional[int] = None,
+            transform: Callable | None = None,
+            root: str | os.PathLike | None = None,
+            max_samples: int | None = None,
             rgb: bool = False,
             download: bool = True,
     ):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from typing import Any, Optional
+from typing import Any
 
 import timm
 import torch.nn as nn
@@ -32,7 +32,7 @@ def create_model(
         model_name: str,
         pretrained: bool = False,
         *,
-        checkpoint_path: Optional[str | os.PathLike] = None,
+        checkpoint_path: str | os.PathLike | None = None,
         **kwargs: Any,
 ) -> nn.Module:
     """Build any timm or vitkd_zoo model, optionally from a local checkpoint.

@@ -6,8 +6,6 @@ matches to the teacher, computed in the same forward pass as the logits, without
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype
@@ -22,7 +20,7 @@ class StudentMixin:
     #: Lift distills the lifted, normed tokens (``self.norm`` is the lift); WideLast the raw last-block tokens.
     distill_feature_after_norm: bool = False
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         # timm rebuilds the head from ``embed_dim``; the students' head reads ``num_features`` (the wide width).
         super().reset_classifier(num_classes, global_pool)
         if num_classes > 0:

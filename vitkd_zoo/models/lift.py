@@ -16,7 +16,6 @@ load. Code and weight layout: https://github.com/thy960112/From-Per-Image-Low-Ra
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -63,7 +62,7 @@ class VisionTransformerLift(StudentMixin, VisionTransformer):
             lift_norm_eps: float = 1e-5,
             global_pool: str = "avg",
             num_classes: int = 1000,
-            fc_norm: Optional[bool] = None,
+            fc_norm: bool | None = None,
             **kwargs,
     ):
         if global_pool in ("map", "prr"):

@@ -13,7 +13,7 @@ same key names as this class and loads unchanged.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Union
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -38,7 +38,7 @@ class WideBlock(Block):
         self.proj_in = nn.Linear(in_dim, dim, bias=False, **dd)
         self.proj_norm = norm_layer(dim, **dd)
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
         return super().forward(self.proj_norm(self.proj_in(x)), attn_mask=attn_mask, is_causal=is_causal)
 
 
@@ -59,7 +59,7 @@ class VisionTransformerWideLast(StudentMixin, VisionTransformer):
             *,
             wide_dim: int = 384,
             wide_heads: int = 6,
-            wide_mlp_ratio: Optional[float] = None,
+            wide_mlp_ratio: float | None = None,
             num_classes: int = 1000,
             **kwargs,
     ):
@@ -100,7 +100,7 @@ class VisionTransformerWideLast(StudentMixin, VisionTransformer):
     def forward_intermediates(
             self,
             x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
+            indices: int | list[int] | None = None,
             return_prefix_tokens: bool = False,
             norm: bool = False,
             stop_early: bool = False,
@@ -132,7 +132,7 @@ class VisionTransformerWideLast(StudentMixin, VisionTransformer):
             else:
                 out.pop("image_intermediates_prefix", None)
             return out
-        intermediates = list(zip(spatial, prefix)) if return_prefix_tokens and prefix is not None else spatial
+        intermediates = list(zip(spatial, prefix, strict=True)) if return_prefix_tokens and prefix is not None else spatial
         return intermediates if intermediates_only else (out["image_features"], intermediates)
 
     def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True):
