@@ -14,7 +14,7 @@ Endpoints (as observed from huggingface_hub 2.4, ecosystem.md §6):
     GET  /api/models/<id>/tree/<rev>[/<path>]       file list
     HEAD/GET /<id>/resolve/<rev>/<path>             file bytes, X-Repo-Commit, ETag, Content-Length
 
-``HubStandIn.fail_next`` injects a server error into the next request of a kind ("commit", "preupload", ...).
+``HubStandIn.fail_next`` injects an error into the next request of a kind: ``{"commit": 500, "preupload": 403}``.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class HubStandIn:
         self.tokens = set(tokens)
         self.user = user
         self.repos: dict[str, dict] = {}
-        self.fail_next: set[str] = set()
+        self.fail_next: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path): never headers, never bodies
         self.auth_seen: list[Optional[str]] = []  # the tokens clients sent, to check what was used
         self.lock = threading.Lock()
@@ -166,8 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _maybe_fail(self, kind: str) -> bool:
         with self.hub.lock:
             if kind in self.hub.fail_next:
-                self.hub.fail_next.discard(kind)
-                self._error(500, None, f"injected {kind} failure")
+                self._error(self.hub.fail_next.pop(kind), None, f"injected {kind} failure")
                 return True
         return False
 

@@ -1,6 +1,6 @@
 """``push_to_hub``: publish an exported folder (or a model) to the Hugging Face Hub in one commit.
 
-Composes ``HfApi.create_repo(exist_ok=True)`` and one ``HfApi.upload_folder`` commit. The model card is regenerated
+Composes ``HfApi.create_repo(exist_ok=True)`` and one ``HfApi.create_commit`` holding every file of the folder. The model card is regenerated
 from ``config.json`` for the target repo on every push, the weights' sha256 is re-checked before anything is sent,
 and the token is only ever handed to ``HfApi`` (never printed, logged, or written into a file).
 """
@@ -38,7 +38,7 @@ def check_repo_id(repo_id: str) -> str:
         if len(repo_id.split("/")[1]) > 96:
             problem = "the name part is longer than 96 characters"
     if problem:
-        raise InvalidRepoIdError(f"Invalid Hub repo id {repo_id!r}: {problem}. Example: 'my-org/deit_tiny_lift-fmnist'.")
+        raise InvalidRepoIdError(f"Invalid Hub repo id {repo_id!r}: {problem}. Use ORG/NAME, e.g. 'my-org/deit_tiny_lift-fmnist'.")
     return repo_id
 
 
@@ -110,10 +110,12 @@ def push_to_hub(
         InvalidRepoIdError, MissingTokenError, WeightsHashMismatchError (folder changed since export),
         huggingface_hub errors from the server (nothing is committed when any step fails: one commit or none).
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     say = progress or (lambda line: None)
     check_repo_id(repo_id)
+    if create_pr and revision not in (None, "main"):
+        raise ValueError("create_pr=True opens a pull request against main; do not also pass revision")
     token = resolve_token(token)
     with tempfile.TemporaryDirectory(prefix="vitkd-push-") as tmp:
         if isinstance(folder_or_model, nn.Module):
@@ -148,8 +150,12 @@ def push_to_hub(
             api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
         total = sum(plan["files"].values())
         say(f"Uploading {len(plan['files'])} files ({total / 1e6:.1f} MB) as one commit")
-        info = api.upload_folder(
-            repo_id=repo_id, folder_path=str(stage), repo_type="model", revision=revision,
+        # create_commit, not upload_folder: with hf_xet installed, huggingface_hub 2.x routes upload_folder through a
+        # batched multi-commit pipeline; one create_commit is one commit or none.
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(stage / name))
+                      for name in sorted(plan["files"])]
+        info = api.create_commit(
+            repo_id=repo_id, operations=operations, repo_type="model", revision=None if create_pr else revision,
             commit_message=message, create_pr=create_pr,
         )
     url = info.pr_url if create_pr and info.pr_url else info.commit_url
