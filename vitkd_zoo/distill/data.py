@@ -291,7 +291,7 @@ class RepeatedAugSampler(Sampler):
         if self.repeats > 1:
             order = order.repeat_interleave(self.repeats)[: self.num_samples]
         seeds = torch.randint(0, 2 ** 31 - 1, (self.num_samples,), generator=g)
-        return iter(zip(order.tolist(), seeds.tolist()))
+        return iter(zip(order.tolist(), seeds.tolist(), strict=True))
 
 
 @contextlib.contextmanager
