@@ -25,7 +25,6 @@ import threading
 import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional
 from urllib.parse import parse_qs, unquote, urlparse
 
 __all__ = ["HubStandIn", "hub_stand_in"]
@@ -46,13 +45,13 @@ class HubStandIn:
         self.repos: dict[str, dict] = {}
         self.fail_next: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path): never headers, never bodies
-        self.auth_seen: list[Optional[str]] = []  # the tokens clients sent, to check what was used
+        self.auth_seen: list[str | None] = []  # the tokens clients sent, to check what was used
         self.lock = threading.Lock()
-        self._server: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
 
     # -- repository state -------------------------------------------------------------------------------------
-    def _new_commit(self, repo: dict, parent: Optional[str], files: dict[str, bytes], message: str) -> str:
+    def _new_commit(self, repo: dict, parent: str | None, files: dict[str, bytes], message: str) -> str:
         digest = hashlib.sha1(json.dumps([parent, message, time.time_ns(), sorted(
             (p, _git_blob_sha(b)) for p, b in files.items())]).encode()).hexdigest()
         repo["commits"][digest] = dict(files=files, parent=parent, message=message)
@@ -72,7 +71,7 @@ class HubStandIn:
         repo["branches"]["main"] = sha
         return sha
 
-    def head(self, repo_id: str, revision: str = "main") -> Optional[str]:
+    def head(self, repo_id: str, revision: str = "main") -> str | None:
         repo = self.repos.get(repo_id)
         return repo["branches"].get(revision) if repo else None
 
@@ -81,7 +80,7 @@ class HubStandIn:
         sha = repo["branches"].get(revision, revision)
         return dict(repo["commits"][sha]["files"])
 
-    def _resolve(self, repo_id: str, revision: str) -> Optional[str]:
+    def _resolve(self, repo_id: str, revision: str) -> str | None:
         repo = self.repos.get(repo_id)
         if repo is None:
             return None
@@ -95,7 +94,7 @@ class HubStandIn:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def start(self) -> "HubStandIn":
+    def start(self) -> HubStandIn:
         stand_in = self
 
         class Handler(_Handler):
@@ -132,7 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     # -- helpers ----------------------------------------------------------------------------------------------
-    def _token(self) -> Optional[str]:
+    def _token(self) -> str | None:
         auth = self.headers.get("Authorization", "")
         return auth[len("Bearer "):] if auth.startswith("Bearer ") else None
 
@@ -145,7 +144,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send(self, status: int, payload=None, headers: Optional[dict] = None, body: Optional[bytes] = None,
+    def _send(self, status: int, payload=None, headers: dict | None = None, body: bytes | None = None,
               head: bool = False) -> None:
         if body is None:
             body = json.dumps(payload if payload is not None else {}).encode()
@@ -158,7 +157,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not head:
             self.wfile.write(body)
 
-    def _error(self, status: int, code: Optional[str], message: str, head: bool = False) -> None:
+    def _error(self, status: int, code: str | None, message: str, head: bool = False) -> None:
         headers = {"X-Error-Code": code} if code else {}
         headers["X-Error-Message"] = message
         self._send(status, {"error": message}, headers=headers, head=head)
@@ -170,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return True
         return False
 
-    def _repo_or_404(self, repo_id: str, head: bool = False) -> Optional[dict]:
+    def _repo_or_404(self, repo_id: str, head: bool = False) -> dict | None:
         repo = self.hub.repos.get(repo_id)
         if repo is None or (repo["private"] and self._token() not in self.hub.tokens):
             self._error(404, "RepoNotFound", f"Repository Not Found for url: {self.path}", head=head)
@@ -330,7 +329,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, headers=headers, body=data, head=head)
 
 
-def _card_yaml(card: str) -> Optional[dict]:
+def _card_yaml(card: str) -> dict | None:
     if not card.startswith("---"):
         return None
     try:

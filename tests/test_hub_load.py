@@ -154,7 +154,7 @@ def test_transformers_image_processor_and_pipeline(hub_lift_export, hub_images):
     classifier = pipeline("image-classification", model=str(folder), top_k=3)
     predictions = classifier(pil[:4])
     logits = _logits(model, expected[:4])
-    for pred, row in zip(predictions, logits):
+    for pred, row in zip(predictions, logits, strict=True):
         top = row.softmax(-1).topk(3)
         assert pred[0]["label"] == vitkd_zoo.data.FASHION_MNIST_CLASSES[top.indices[0]]
         assert pred[0]["score"] == pytest.approx(top.values[0].item(), abs=1e-5)

@@ -143,10 +143,10 @@ def _code_blocks(markdown: str, section: str, language: str) -> list[str]:
 def test_readme_snippets_publish_download_load_fine_tune(hub, tmp_path):
     """Runs docs/hub.md's "Load / publish / fine-tune" snippets verbatim, in a fresh interpreter whose HF_ENDPOINT is
     the stand-in (set before import), then checks the round trip: bytes on the "Hub" == bytes exported."""
+    import timm
     import torch
 
     import vitkd_zoo  # noqa: F401
-    import timm
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "hub.md").read_text()
     blocks = _code_blocks(doc, "Load / publish / fine-tune", "python")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -88,25 +89,25 @@ class CardInfo:
         notes: free text appended to the description.
     """
 
-    title: Optional[str] = None
-    description: Optional[str] = None
-    teacher: Optional[str] = None
-    method: Optional[str] = None
-    dataset: Optional[str] = None
+    title: str | None = None
+    description: str | None = None
+    teacher: str | None = None
+    method: str | None = None
+    dataset: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-    eval_split: Optional[str] = None
-    baseline: Optional[str] = None
+    eval_split: str | None = None
+    baseline: str | None = None
     baseline_metrics: dict[str, float] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)
-    base_model: Optional[str] = None
+    base_model: str | None = None
     license: str = "apache-2.0"
-    label_names: Optional[list[str]] = None
+    label_names: list[str] | None = None
     tags: list[str] = field(default_factory=list)
-    limitations: Optional[list[str]] = None
-    notes: Optional[str] = None
+    limitations: list[str] | None = None
+    notes: str | None = None
 
     @classmethod
-    def from_dict(cls, data: Optional[Mapping[str, Any]]) -> "CardInfo":
+    def from_dict(cls, data: Mapping[str, Any] | None) -> CardInfo:
         data = dict(data or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
@@ -123,7 +124,7 @@ class CardInfo:
         return out
 
 
-def _family(architecture: str) -> Optional[str]:
+def _family(architecture: str) -> str | None:
     for family in FAMILY_SUMMARY:
         if architecture.endswith("_" + family):
             return family
@@ -163,7 +164,7 @@ def _card_data(architecture: str, info: CardInfo, repo_id: str) -> ModelCardData
     )
 
 
-def render_card(config: Mapping[str, Any], repo_id: Optional[str] = None) -> ModelCard:
+def render_card(config: Mapping[str, Any], repo_id: str | None = None) -> ModelCard:
     """Render the card of an exported folder from its ``config.json`` content (``vitkd`` block included).
 
     Args:
@@ -224,7 +225,7 @@ def render_card(config: Mapping[str, Any], repo_id: Optional[str] = None) -> Mod
     return card
 
 
-def card_from_folder(folder: str | Path, repo_id: Optional[str] = None) -> ModelCard:
+def card_from_folder(folder: str | Path, repo_id: str | None = None) -> ModelCard:
     """``render_card`` for an exported folder (reads its ``config.json``)."""
     with open(Path(folder) / "config.json", encoding="utf-8") as f:
         return render_card(json.load(f), repo_id=repo_id)

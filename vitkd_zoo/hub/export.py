@@ -21,8 +21,9 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 import timm
 import torch
@@ -150,7 +151,7 @@ def _measure_cost(model: nn.Module, arch: str, model_args: Mapping[str, Any], in
 
 
 def _write_folder(
-        model: nn.Module, folder: Path, info: CardInfo, data_config: Optional[Mapping[str, Any]], repo_id: Optional[str],
+        model: nn.Module, folder: Path, info: CardInfo, data_config: Mapping[str, Any] | None, repo_id: str | None,
         remote_code: bool, benchmark_seconds: float, batch_size: int,
 ) -> None:
     from timm.models import save_for_hf
@@ -215,11 +216,11 @@ def _verify_folder(model: nn.Module, folder: Path) -> None:
 
 def save_pretrained(
         model: nn.Module,
-        out_dir: Union[str, os.PathLike],
+        out_dir: str | os.PathLike,
         *,
-        card: Union[CardInfo, Mapping[str, Any], None] = None,
-        data_config: Optional[Mapping[str, Any]] = None,
-        repo_id: Optional[str] = None,
+        card: CardInfo | Mapping[str, Any] | None = None,
+        data_config: Mapping[str, Any] | None = None,
+        repo_id: str | None = None,
         overwrite: bool = False,
         remote_code: bool = True,
         benchmark_seconds: float = 2.0,

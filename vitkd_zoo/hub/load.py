@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch.nn as nn
 
@@ -27,7 +27,7 @@ _logger = logging.getLogger(__name__)
 _CARD_SHA = re.compile(r"sha256 `([0-9a-f]{64})`")
 
 
-def verify_folder(folder: Union[str, os.PathLike]) -> dict:
+def verify_folder(folder: str | os.PathLike) -> dict:
     """Check an exported folder and return its parsed ``config.json``.
 
     The sha256 of the weights file must equal the one in ``config.json``'s ``vitkd`` block and, when present, the one
@@ -69,15 +69,15 @@ def verify_folder(folder: Union[str, os.PathLike]) -> dict:
     return config
 
 
-def _split_hub(name: str) -> tuple[str, Optional[str]]:
+def _split_hub(name: str) -> tuple[str, str | None]:
     name = name[len("hf-hub:"):] if name.startswith("hf-hub:") else name[len("hf_hub:"):] if name.startswith("hf_hub:") else name
     repo_id, _, revision = name.partition("@")
     return repo_id, revision or None
 
 
 def fetch_folder(
-        repo_id: str, *, revision: Optional[str] = None, cache_dir: Optional[Union[str, os.PathLike]] = None,
-        token: Optional[str] = None,
+        repo_id: str, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+        token: str | None = None,
 ) -> Path:
     """Download (or find in the cache, ``HF_HUB_OFFLINE=1`` included) a repo's config, weights and card."""
     from huggingface_hub import hf_hub_download
@@ -94,7 +94,7 @@ def fetch_folder(
     return config_path.parent
 
 
-def _local_dir(name: str) -> Optional[Path]:
+def _local_dir(name: str) -> Path | None:
     if name.startswith("local-dir:"):
         return Path(name[len("local-dir:"):])
     if os.path.isdir(name):
@@ -106,8 +106,8 @@ def load_model(
         name_or_path: str,
         *,
         pretrained: bool = True,
-        revision: Optional[str] = None,
-        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
         verify: bool = True,
         **kwargs: Any,
 ) -> nn.Module:
@@ -145,8 +145,8 @@ def load_transformers(
         name_or_path: str,
         *,
         auto_class: str = "AutoModelForImageClassification",
-        revision: Optional[str] = None,
-        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
         verify: bool = True,
         **kwargs: Any,
 ):

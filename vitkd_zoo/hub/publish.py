@@ -10,8 +10,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any
 
 import torch.nn as nn
 
@@ -42,7 +43,7 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def resolve_token(token: Optional[str] = None) -> str:
+def resolve_token(token: str | None = None) -> str:
     """The token to publish with: ``token``, else ``HF_TOKEN`` / the one saved by ``hf auth login``."""
     if token:
         return token
@@ -62,7 +63,7 @@ class PublishPlan(dict):
     """What a push would upload: ``repo_id``, ``revision``, ``files`` ({name: bytes}), ``card`` (str)."""
 
 
-def plan_publish(folder: Union[str, os.PathLike], repo_id: str, revision: Optional[str] = None) -> PublishPlan:
+def plan_publish(folder: str | os.PathLike, repo_id: str, revision: str | None = None) -> PublishPlan:
     """Check an exported folder (sha256 of the weights, config) and render its card for ``repo_id``; no network."""
     from .load import verify_folder
 
@@ -76,17 +77,17 @@ def plan_publish(folder: Union[str, os.PathLike], repo_id: str, revision: Option
 
 
 def push_to_hub(
-        folder_or_model: Union[str, os.PathLike, nn.Module],
+        folder_or_model: str | os.PathLike | nn.Module,
         repo_id: str,
         *,
-        revision: Optional[str] = None,
-        private: Optional[bool] = None,
-        token: Optional[str] = None,
-        commit_message: Optional[str] = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str | None = None,
         create_pr: bool = False,
-        card: Optional[Mapping[str, Any]] = None,
-        endpoint: Optional[str] = None,
-        progress: Optional[Callable[[str], None]] = None,
+        card: Mapping[str, Any] | None = None,
+        endpoint: str | None = None,
+        progress: Callable[[str], None] | None = None,
 ) -> str:
     """Publish an exported folder, or export ``model`` and publish it, as one commit.
 
