@@ -22,8 +22,8 @@ def count_gmacs(model: torch.nn.Module, input_size: tuple[int, int, int]) -> flo
     fused = [m for m in model.modules() if getattr(m, "fused_attn", False)]
     for m in fused:
         m.fused_attn = False
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    try:  # with grad enabled: FlopCounterMode fails on CaiT's class-attention under no_grad ("Expected gradient…")
+        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
             model(torch.zeros(1, *input_size))
     finally:
         for m in fused:
