@@ -88,6 +88,41 @@ def test_revision_private_and_pull_request(hub, hub_lift_export):
         hf_hub_download("vitkd-test/private-one", "config.json", revision="v1", endpoint=hub.url, token=False)
 
 
+def test_push_a_model_exports_it_first(hub, hub_lift_export, tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    model, _ = hub_lift_export
+    monkeypatch.setenv("VITKD_BENCHMARK_SECONDS", "0.02")
+    url = push_to_hub(model, "vitkd-test/direct", token=TOKEN, endpoint=hub.url,
+                      card=dict(dataset="fashion_mnist", metrics={"top1": 60.0}))
+    assert url.endswith(hub.head("vitkd-test/direct"))
+    files = hub.files("vitkd-test/direct")
+    (tmp_path / "w.safetensors").write_bytes(files["model.safetensors"])
+    weights = load_file(str(tmp_path / "w.safetensors"))
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert b'hf-hub:vitkd-test/direct' in files["README.md"] and b"value: 60.0" in files["README.md"]
+
+
+def test_a_corrupt_folder_is_not_published(hub, hub_lift_export, tmp_path, capsys):
+    import shutil
+
+    from vitkd_zoo.cli import main
+    from vitkd_zoo.hub import WeightsHashMismatchError
+
+    _, folder = hub_lift_export
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(WeightsHashMismatchError):
+        push_to_hub(bad, REPO, token=TOKEN, endpoint=hub.url)
+    assert main(["publish", str(bad), "--repo-id", REPO, "--dry-run"]) == 1
+    assert "model.safetensors: its sha256" in capsys.readouterr().err
+    assert hub.requests == []
+
+
 def test_publishing_without_token_says_how_to_log_in(hub, hub_lift_export, monkeypatch, tmp_path):
     _, folder = hub_lift_export
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -163,7 +198,8 @@ def test_readme_snippets_publish_download_load_fine_tune(hub, tmp_path):
                       "json.dump(dict(url=url, pred=pred[0]['label']), open('result.json', 'w'))\n"
                       "torch.save(model_a.state_dict(), 'registry.pt')\n")
     env = dict(os.environ, HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN,
-               HF_HUB_CACHE=str(tmp_path / "cache"), HF_HOME=str(tmp_path / "home"), HF_HUB_DISABLE_TELEMETRY="1")
+               HF_HUB_CACHE=str(tmp_path / "cache"), HF_HOME=str(tmp_path / "home"), HF_HUB_DISABLE_TELEMETRY="1",
+               VITKD_BENCHMARK_SECONDS="0.05")
     run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=240)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
@@ -184,5 +220,8 @@ def test_readme_snippets_publish_download_load_fine_tune(hub, tmp_path):
     assert "Dry run: would commit to your-org/deit_tiny_lift-fmnist@main" in cli.stdout
     v2 = json.loads((tmp_path / "exported" / "deit_tiny_lift-fmnist-v2" / "config.json").read_text())
     assert v2["vitkd"]["metrics"] == {"top1": 71.3, "top5": 98.9}
+    assert v2["vitkd"]["teacher"] == "vit_small (Fashion-MNIST)", "re-export keeps the earlier card fields"
+    assert v2["label_names"] == list(vitkd_zoo.data.FASHION_MNIST_CLASSES)
+    assert v2["pretrained_cfg"]["mean"] == [0.286] * 3
     assert (tmp_path / "exported" / "deit_tiny_lift-fmnist-v2" / "model.safetensors").read_bytes() == \
         (exported / "model.safetensors").read_bytes()

@@ -185,7 +185,8 @@ def render_card(config: Mapping[str, Any], repo_id: str | None = None) -> ModelC
         rows.append(dict(
             row,
             top1=_fmt_metric(metrics.get("top1")), top5=_fmt_metric(metrics.get("top5")),
-            params_fmt=f"{row['params']:,}", gmacs_fmt=f"{row['gmacs']:.3f}", img_per_s_fmt=f"{row['img_per_s']:.1f}",
+            params_fmt=f"{row['params']:,}", img_per_s_fmt=f"{row['img_per_s']:.1f}",
+            gmacs_fmt=f"{row['gmacs']:.3f}" if row["gmacs"] >= 0.01 else f"{row['gmacs']:.2g}",
         ))
     num_classes = config.get("num_classes")
     input_size = pretrained_cfg.get("input_size")

@@ -30,6 +30,20 @@ def _json_arg(value: str | None, what: str) -> Any:
         raise SystemExit(f"error: {what} must be a JSON object or a JSON file ({e})") from None
 
 
+def _previous_card(name: str) -> dict:
+    """The card fields of an earlier vitkd_zoo export when ``--model`` names a folder or a (cached) Hub repo."""
+    from vitkd_zoo.hub.load import _local_dir, _split_hub, fetch_folder
+
+    folder = _local_dir(name)
+    if folder is None and ("/" in name or name.startswith(("hf-hub:", "hf_hub:"))):
+        repo_id, revision = _split_hub(name)
+        folder = fetch_folder(repo_id, revision=revision)
+    if folder is None or not (folder / "config.json").is_file():
+        return {}
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    return dict((config.get("vitkd") or {}).get("card") or {})
+
+
 def _say(line: str) -> None:
     print(f"  {line}", flush=True)
 
@@ -48,7 +62,7 @@ def run_export(args: argparse.Namespace) -> int:
     # --metrics may hold just numbers ({"top1": 71.2}) or a dict of card fields ({"metrics": ..., "dataset": ...}).
     if "metrics" in metrics or "baseline_metrics" in metrics:
         card.update(metrics)
-    else:
+    elif metrics:
         card["metrics"] = metrics
     for key in ("teacher", "method", "dataset", "base_model", "license", "title"):
         if getattr(args, key, None):
@@ -62,6 +76,7 @@ def run_export(args: argparse.Namespace) -> int:
         else:
             _say(f"Loading {args.model} with its pretrained weights")
             model = load_model(args.model, **model_args)
+        card = {**_previous_card(args.model), **card}  # re-exporting a vitkd_zoo folder/repo keeps its card fields
         _say("Writing model.safetensors, config.json, model card; verifying the reload; measuring cost")
         out = save_pretrained(
             model.eval(), args.out, card=card, data_config=_json_arg(args.data_config, "--data-config"),
@@ -132,7 +147,8 @@ def register(subparsers) -> None:
     p.add_argument("--title")
     p.add_argument("--repo-id", help="repo id the card's snippets name (publish regenerates the card anyway)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--benchmark-seconds", type=float, default=2.0, help="CPU timing window per model for img/s")
+    p.add_argument("--benchmark-seconds", type=float, default=None,
+                   help="CPU timing window per model for img/s (default: $VITKD_BENCHMARK_SECONDS or 2)")
     p.set_defaults(func=run_export)
 
     q = subparsers.add_parser(

@@ -15,6 +15,7 @@ only when complete; on any error it is removed and an existing folder is left as
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -158,6 +159,10 @@ def _write_folder(
 
     arch = _architecture(model)
     label_names = list(info.label_names) if info.label_names else None
+    inherited = model.pretrained_cfg.get("label_names")
+    if label_names is None and inherited and len(inherited) == model.num_classes:  # e.g. re-exporting a folder
+        label_names = list(inherited)
+        info = dataclasses.replace(info, label_names=label_names)
     if label_names is not None and len(label_names) != model.num_classes:
         raise ValueError(f"{len(label_names)} label names for a {model.num_classes}-class head")
     extra = {k: v for k, v in (data_config or {}).items() if k not in _DATA_KEYS}
@@ -223,7 +228,7 @@ def save_pretrained(
         repo_id: str | None = None,
         overwrite: bool = False,
         remote_code: bool = True,
-        benchmark_seconds: float = 2.0,
+        benchmark_seconds: float | None = None,
         batch_size: int = 16,
 ) -> Path:
     """Write ``model`` as a Hub-ready folder, atomically.
@@ -237,7 +242,8 @@ def save_pretrained(
         repo_id: the Hub repo the card's snippets name (``push_to_hub`` regenerates the card with the real one).
         overwrite: replace an existing ``out_dir`` (atomically: the old folder stays until the new one is complete).
         remote_code: also write ``vitkd_remote.py`` + ``auto_map`` for transformers' ``trust_remote_code=True``.
-        benchmark_seconds: CPU timing window per model for the card's img/s column.
+        benchmark_seconds: CPU timing window per model for the card's img/s column (default:
+            ``$VITKD_BENCHMARK_SECONDS`` or 2.0).
         batch_size: batch size of that timing.
 
     Returns:
@@ -253,6 +259,8 @@ def save_pretrained(
         >>> save_pretrained(model, "exported/deit_tiny_lift-demo", card=dict(dataset="fashion_mnist"))
     """
     out_dir = Path(out_dir)
+    if benchmark_seconds is None:
+        benchmark_seconds = float(os.environ.get("VITKD_BENCHMARK_SECONDS") or 2.0)
     info = card if isinstance(card, CardInfo) else CardInfo.from_dict(card)
     if repo_id is not None:
         from .publish import check_repo_id
