@@ -70,9 +70,8 @@ def test_model_card_metadata_and_body(hub_lift_export):
     body = card.text
     # the import note comes before anything else, and every snippet imports vitkd_zoo before it loads
     assert body.lstrip().splitlines()[2].startswith("> **Run `import vitkd_zoo` first**")
-    for block in re.findall(r"```python\n(.*?)```", body, re.S)[:2]:
-        assert "import vitkd_zoo" in block
-        assert block.index("import vitkd_zoo") < block.index("from_pretrained" if "from_pretrained" in block else "create_model")
+    for block in re.findall(r"```python\n(.*?)```", body, re.S)[:2]:  # the timm and the transformers snippet
+        assert block.startswith("import vitkd_zoo")
     assert "| **deit_tiny_lift** (this model) | 71.25 | 98.50 |" in body
     assert "| deit_tiny_patch16_224 (same trunk, no Lift/WideLast) | 69.50 | 98.10 |" in body
     assert "num_classes=5" in body and "num_labels=5, ignore_mismatched_sizes=True" in body
@@ -89,6 +88,8 @@ def test_card_is_regenerated_whole_for_a_repo_id(hub_lift_export):
     assert 'timm.create_model("hf-hub:my-org/deit_tiny_lift-fmnist", pretrained=True)' in card
     assert "ORG/NAME" not in card
     assert card.count("Top-1 Accuracy") == 1, "regenerated, not appended to"
+    config["vitkd"]["card"]["baseline"] = "plain ViT, logit KD"
+    assert "| plain ViT, logit KD (cost: `deit_tiny_patch16_224`, same trunk) | 69.50 |" in str(render_card(config))
     assert ModelCard(card).data.model_name == "deit_tiny_lift-fmnist"
 
 
@@ -221,6 +222,7 @@ def test_hand_written_cards_cover_every_pretrained_tag():
         assert card.data.library_name == "timm" and card.data.pipeline_tag == "image-classification"
         assert {"knowledge-distillation", arch} <= set(card.data.tags)
         assert "import vitkd_zoo" in card.text.split("```python")[0], "import note before the first snippet"
+        assert card.text.split("```python\n")[1].startswith("import vitkd_zoo")
         assert f'timm.create_model("{tag}", pretrained=True)' in card.text
     lift = ModelCard.load(root / "deit_tiny_lift.kd_cait_s24_in1k.md")
     assert [r.metric_value for r in lift.data.eval_results] == [77.53]

@@ -175,6 +175,18 @@ def _code_blocks(markdown: str, section: str, language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", body, re.S)
 
 
+def test_readme_carries_the_tested_snippets():
+    """README.md's "Load / publish / fine-tune" section must hold exactly the snippets the next test runs."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text() if (root / "README.md").is_file() else ""
+    section = "Load / publish / fine-tune"
+    if f"## {section}\n" not in readme:
+        pytest.skip(f"README.md has no '## {section}' section yet: copy it from docs/hub.md")
+    doc = (root / "docs" / "hub.md").read_text()
+    for language in ("python", "bash"):
+        assert _code_blocks(readme, section, language) == _code_blocks(doc, section, language)
+
+
 def test_readme_snippets_publish_download_load_fine_tune(hub, tmp_path):
     """Runs docs/hub.md's "Load / publish / fine-tune" snippets verbatim, in a fresh interpreter whose HF_ENDPOINT is
     the stand-in (set before import), then checks the round trip: bytes on the "Hub" == bytes exported."""

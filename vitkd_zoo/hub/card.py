@@ -182,8 +182,11 @@ def render_card(config: Mapping[str, Any], repo_id: str | None = None) -> ModelC
     rows = []
     for row in cost:
         metrics = info.metrics if row.get("role") == "model" else info.baseline_metrics
+        label = row["label"]
+        if row.get("role") == "baseline" and info.baseline:  # the stated baseline, costed as the same-trunk DeiT
+            label = f"{info.baseline} (cost: `{row['model']}`, same trunk)"
         rows.append(dict(
-            row,
+            row, label=label,
             top1=_fmt_metric(metrics.get("top1")), top5=_fmt_metric(metrics.get("top5")),
             params_fmt=f"{row['params']:,}", img_per_s_fmt=f"{row['img_per_s']:.1f}",
             gmacs_fmt=f"{row['gmacs']:.3f}" if row["gmacs"] >= 0.01 else f"{row['gmacs']:.2g}",
