@@ -424,8 +424,10 @@ def test_analyze_model_streaming_equals_all_at_once():
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])
     tokens = extract_tokens(model, images, "all")
     once = analyze_tokens(tokens, pca_layers="all")
+    from_tensor = analyze_model(model, images, layers="all", pca_layers="all")
     for layer in ("0", "1"):
         a, b, c = streamed["per_layer"][layer], reread["per_layer"][layer], once["per_layer"][layer]
+        assert from_tensor["per_layer"][layer]["pca"]["ranks"] == c["pca"]["ranks"]
         assert a["svd"]["ranks"] == c["svd"]["ranks"] == np_svd_ranks(tokens[int(layer)].numpy(), THR).tolist()
         assert a["pca"]["ranks"] == b["pca"]["ranks"] == c["pca"]["ranks"]
         assert a["pca"]["ranks"] == np_pca_ranks(tokens[int(layer)].numpy(), THR).tolist()

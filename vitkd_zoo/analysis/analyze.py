@@ -215,7 +215,8 @@ def analyze_model(
         model: a timm ViT-family model or vitkd_zoo student (anything with ``forward_intermediates`` returning
             tokens).
         data: a re-iterable of preprocessed image batches ``[B, C, H, W]`` or ``(images, labels)`` (a DataLoader,
-            a list of tensors). Read once, or twice when the PCA layers' tokens exceed ``cache_bytes``.
+            a list of tensors), or one ``[N, C, H, W]`` tensor. Read once, or twice when the PCA layers' tokens
+            exceed ``cache_bytes``. The model is put in eval mode and moved to ``device``.
         layers: ``"last"``, ``"all"``, ``"i,j"`` or indices (negative from the end).
         pca_layers: ``"last"`` (the paper: dataset PCA on the last analysed layer), ``"all"``, indices or None.
         center: dataset PCA on the centered covariance instead of the uncentered second moment.
@@ -232,6 +233,10 @@ def analyze_model(
     num_layers = num_token_layers(model)
     layer_ids = resolve_layers(layers, num_layers)
     pca_ids = _pca_layer_ids(pca_layers, layer_ids)
+    if torch.is_tensor(data):  # one preprocessed [N, C, H, W] tensor
+        if data.ndim != 4 or data.shape[0] == 0:
+            raise EmptyDataError(f"expected a non-empty [N, C, H, W] image tensor, got shape {tuple(data.shape)}")
+        data = list(data.split(64))
     total = len(data) if hasattr(data, "__len__") else None
     passes = [0]
 

@@ -327,7 +327,8 @@ def iter_tokens(
     """Yield ``{layer: tokens [B, T, C] float32 on device}`` per input batch; nothing is kept between batches.
 
     ``batches`` yields image tensors ``[B, C, H, W]`` or ``(images, labels)`` pairs (a DataLoader). ``model`` is
-    put in eval mode; ``norm=True`` applies the model's final norm (for Lift: the lift) to every tap.
+    put in eval mode and moved to ``device`` (default: where its parameters are); ``norm=True`` applies the model's
+    final norm (for Lift: the lift) to every tap.
     """
     layers = list(layers)
     if not layers:
