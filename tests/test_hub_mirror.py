@@ -149,6 +149,10 @@ x = torch.randn(2, 3, 28, 28)
 with torch.inference_mode():
     ref = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()(x)  # works now: vitkd_zoo was imported
     out["remote_logits"] = torch.equal(model(x).logits, ref)
+    from transformers import AutoModel
+    backbone = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    features = timm.create_model(f"local-dir:{folder}", pretrained=True).eval().forward_features(x)
+    out["remote_features"] = torch.equal(backbone(x).last_hidden_state, features)
 print(json.dumps(out))
 """
 
@@ -163,6 +167,7 @@ def test_without_import_vitkd_zoo(hub_lift_export, tmp_path):
     assert "pip install vitkd-zoo" in out["remote_not_installed"] and "import vitkd_zoo" in out["remote_not_installed"]
     assert out["imported_before"] is False and out["imported_after"] is True
     assert out["remote_class"] == "VitKDForImageClassification" and out["remote_logits"] is True
+    assert out["remote_features"] is True
 
 
 def test_our_loaders_turn_an_unknown_architecture_into_the_import_message(hub_lift_export, tmp_path):

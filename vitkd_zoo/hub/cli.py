@@ -49,6 +49,8 @@ def _say(line: str) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
     import vitkd_zoo
     from vitkd_zoo.hub import HubError, save_pretrained
     from vitkd_zoo.hub.load import load_model
@@ -85,6 +87,9 @@ def run_export(args: argparse.Namespace) -> int:
     except (HubError, vitkd_zoo.CheckpointError, vitkd_zoo.UnknownModelError, FileExistsError, FileNotFoundError,
             TypeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except HfHubHTTPError as e:  # e.g. repository not found or not accessible: one line, no headers
+        print(f"error: could not download {args.model} ({type(e).__name__}: {str(e).splitlines()[0]})", file=sys.stderr)
         return 1
     config = json.loads((out / "config.json").read_text())
     vitkd = config["vitkd"]
