@@ -49,11 +49,12 @@ def tiny_run(**overrides) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 def test_cli_overrides_parse_any_key():
     ov = parse_cli_overrides(["--epochs", "1", "--max-train-samples", "2000", "--seed=3", "--ema",
-                              "--model-kwargs.embed_dim", "64", "--scale", "[0.5, 1.0]", "--teacher", "null"])
+                              "--model-kwargs.embed_dim", "64", "--scale", "[0.5, 1.0]", "--teacher", "null",
+                              "--lr", "1e-3"])
     cfg = load_config(CONFIGS / "fmnist" / "lift_softkd_fft.yaml", dict(ov, alpha=0, feature_loss="none"))
     assert cfg["epochs"] == 1 and cfg["max_train_samples"] == 2000 and cfg["seed"] == 3 and cfg["ema"] is True
     assert cfg["model_kwargs"]["embed_dim"] == 64 and cfg["model_kwargs"]["lift_dim"] == 128  # merged, not replaced
-    assert cfg["scale"] == [0.5, 1.0] and cfg["teacher"] is None
+    assert cfg["scale"] == [0.5, 1.0] and cfg["teacher"] is None and cfg["lr"] == 1e-3
 
 
 def test_unknown_and_invalid_keys_are_clear():
@@ -148,6 +149,23 @@ def test_seeded_dataset_augments_by_sample_seed_not_global_rng():
     torch.manual_seed(0)
     ds[(3, 123)]
     assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is untouched
+
+
+def test_randaugment_posterize_zero_bits_works_with_new_pillow():
+    from vitkd_zoo.distill.data import _posterize, build_transforms
+
+    img = Image.fromarray(np.full((28, 28), 200, dtype=np.uint8))
+    assert np.asarray(_posterize(img, 0)).max() == 0 and np.asarray(_posterize(img, 1)).max() == 128
+    cfg = load_config(CONFIGS / "imagenet" / "lift_softkd_fft.yaml")
+    train, _ = build_transforms(cfg, dict(input_size=(3, 32, 32), interpolation="bicubic", mean=(0.5,) * 3,
+                                          std=(0.5,) * 3, crop_pct=0.875))
+    rgb = img.convert("RGB")
+    for seed in range(200):  # without the fix some of these raise "bits must be between 1 and 8"
+        torch.manual_seed(seed)
+        import random
+
+        random.seed(seed)
+        train(rgb)
 
 
 # ---------------------------------------------------------------------------------------------------------------

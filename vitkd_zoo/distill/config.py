@@ -155,9 +155,15 @@ def _parse_value(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     try:
-        return yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
     except yaml.YAMLError:
         return value
+    if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            return float(parsed)
+        except ValueError:
+            return parsed
+    return parsed
 
 
 def apply_overrides(cfg: dict[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -253,9 +259,10 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def method_name(cfg: Mapping[str, Any]) -> str:
-    """A readable label, e.g. ``lift+softkd+fft``, ``deit+softkd+pool-fft``, ``widelast+ce``."""
-    model = str(cfg["model"]).lower()
+def method_name(cfg: Mapping[str, Any], architecture: Optional[str] = None) -> str:
+    """A readable label, e.g. ``lift+softkd+fft``, ``deit+softkd+pool-fft``, ``widelast+ce``. ``architecture``
+    (the built model's registered name) wins over ``cfg['model']``, which may be a folder."""
+    model = str(architecture or cfg["model"]).lower()
     arch = model.split(":")[-1].rstrip("/").split("/")[-1].split(".")[0]
     student = "lift" if "lift" in model else "widelast" if "widelast" in model else (arch.split("_")[0] or "vit")
     parts = [student]

@@ -89,7 +89,29 @@ def build_transforms(cfg: Mapping[str, Any], data_config: Mapping[str, Any]) -> 
         color_jitter=cfg["color_jitter"], auto_augment=cfg["auto_augment"] or None, re_prob=cfg["reprob"],
         re_mode=cfg["remode"], re_count=cfg["recount"], **common)
     evaluation = create_transform(is_training=False, crop_pct=data_config["crop_pct"], **common)
+    _fix_posterize(train)
     return train, evaluation
+
+
+def _posterize(img, bits_to_keep, **__):
+    """timm's posterize for Pillow >= 13, which rejects 0 bits: 0 bits keeps nothing (a black image), as older
+    Pillow did. RandAugment's PosterizeIncreasing reaches 0 bits at magnitude 9 with mstd noise."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return img.point(lambda _: 0)
+    from PIL import ImageOps
+
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _fix_posterize(transform) -> None:
+    from timm.data import auto_augment
+
+    for t in getattr(transform, "transforms", []):
+        for op in getattr(t, "ops", []):
+            if getattr(op, "aug_fn", None) is auto_augment.posterize:
+                op.aug_fn = _posterize
 
 
 # ----------------------------------------------------------------------------------------------------------------

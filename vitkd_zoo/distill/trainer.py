@@ -328,13 +328,21 @@ def _make_accelerator(cfg: Mapping[str, Any], output_dir: Path):
     kwargs = {}
     if cfg["compile"]:
         kwargs["dynamo_backend"] = "inductor"
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_steps=cfg["grad_accum_steps"],
         mixed_precision=mixed_precision,
         log_with=cfg["log_with"] or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         **kwargs,
     )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and accelerator.num_processes == 1:
+        # torchrun started several processes but each trains alone (e.g. `--multi_gpu` on a machine without GPUs)
+        raise SetupError(
+            f"{world} processes were launched but Accelerate runs each one alone (no process group): they would all "
+            "train the same model independently. On CPU use `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+            "--num_processes N ...` (gloo); on GPUs check that CUDA is visible.")
+    return accelerator
 
 
 def _flat_hparams(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -489,7 +497,7 @@ def run_training(
             accelerator.print(f"--resume: no checkpoint in {output_dir / 'checkpoints'}, starting fresh")
 
     # ---- trackers and logs -------------------------------------------------------------------------------------
-    method = method_name(cfg)
+    method = method_name(cfg, (getattr(student, "pretrained_cfg", None) or {}).get("architecture"))
     if cfg["log_with"]:
         accelerator.init_trackers(output_dir.name or "vitkd", config=_flat_hparams(cfg))
     metrics_path = output_dir / "metrics.jsonl"
