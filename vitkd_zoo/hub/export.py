@@ -15,6 +15,7 @@ only when complete; on any error it is removed and an existing folder is left as
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -129,6 +130,8 @@ def _measure_cost(model: nn.Module, arch: str, model_args: Mapping[str, Any], in
     from ..commands.models import count_gmacs, count_params, images_per_second
 
     input_size = tuple(input_size)
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in model.parameters()):
+        model = copy.deepcopy(model).float().cpu()  # the card's cost is measured on CPU in fp32
     models = {arch: model}
     labels = {arch: (f"**{arch}** (this model)", "model")}
     if arch in STUDENT_ARCHITECTURES:
@@ -214,7 +217,7 @@ def _verify_folder(model: nn.Module, folder: Path) -> None:
                           "architecture arguments the model was built with")
     ours, theirs = model.state_dict(), rebuilt.state_dict()
     bad = sorted(k for k in ours.keys() | theirs.keys()
-                 if k not in ours or k not in theirs or not torch.equal(ours[k].cpu(), theirs[k].cpu()))
+                 if k not in ours or k not in theirs or not torch.equal(ours[k].cpu(), theirs[k].to(ours[k].dtype)))
     if bad:
         raise ExportError(f"Reloading the export does not reproduce the model's weights: {', '.join(bad[:8])}")
 
