@@ -46,7 +46,9 @@ class LayerAnalysis:
     def __init__(self, thresholds: Sequence[float], sep_thresholds: Sequence[float], pca: bool, center: bool,
                  percentiles: Sequence[float], rank_tol: float = 1e-10):
         self.thresholds, self.sep_thresholds = tuple(thresholds), tuple(sep_thresholds)
-        self.pca, self.center, self.percentiles, self.rank_tol = pca, center, tuple(percentiles), rank_tol
+        # the 99th percentile is the paper's headline number (and what the plots draw): always computed
+        self.percentiles = tuple(sorted({99.0, *map(float, percentiles)}))
+        self.pca, self.center, self.rank_tol = pca, center, rank_tol
         self.svd_ranks: list[torch.Tensor] = []
         self.num_rank: list[torch.Tensor] = []
         self.moment = SecondMoment()

@@ -61,7 +61,16 @@ def load_model(name: str, checkpoint: str | None, kwargs: dict, pretrained: bool
     if not pretrained and not checkpoint:
         print(f"warning: {name} has random weights (no --checkpoint, no --pretrained): the numbers describe an "
               "untrained network", file=sys.stderr)
-    return vitkd_zoo.create_model(name, pretrained=pretrained, checkpoint_path=checkpoint, **kwargs)
+    try:
+        return vitkd_zoo.create_model(name, pretrained=pretrained, checkpoint_path=checkpoint, **kwargs)
+    except FileNotFoundError as e:
+        if checkpoint or name.startswith("local-dir:"):
+            raise
+        from .features import AnalysisError
+
+        raise AnalysisError(f"could not fetch the pretrained weights of {name} ({str(e).splitlines()[0]}). "
+                            "--pretrained needs network access or the weights in the Hugging Face cache; pass "
+                            "local weights with --checkpoint instead.") from e
 
 
 def _resolve_device(requested: str):
