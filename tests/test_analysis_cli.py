@@ -117,3 +117,19 @@ def test_analyze_empty_and_missing_data(tmp_path, capsys):
     assert "No images found" in capsys.readouterr().err
     assert main(base + ["--data", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_analyze_options_norm_and_no_pca(tmp_path, capsys):
+    out = tmp_path / "opts"
+    args = [a for k, v in LIFT_ARGS.items() for a in ("--model-arg", f"{k}={v}")]
+    rc = main(["analyze", "--model", "deit_tiny_lift", *args, "--data", "fashion-mnist", "--layers", "-1",
+               "--pca-layers", "none", "--norm", "--thresholds", "0.9,0.99", "--sep-thresholds", "0.5",
+               "--out", str(out), "--quiet"])
+    assert rc == 0
+    model = json.loads((out / "analysis.json").read_text())["models"][0]
+    layer = model["per_layer"]["1"]
+    assert layer["channels"] == 64  # --norm: the lifted tokens Lift distills, not the 32-wide trunk
+    assert "pca" not in layer and set(layer["svd"]["summary"]) == {"0.9", "0.99"}
+    assert list(layer["sep"]["full"]["bandwidth"]) == ["0.5"]
+    assert not (out / "svd_vs_pca.png").exists() and (out / "sep_curve.png").stat().st_size > 10_000
+    assert "| deit_tiny_lift | 1 | 64 | 10 | " in capsys.readouterr().out
