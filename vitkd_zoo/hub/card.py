@@ -16,21 +16,15 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..paper import CITATION_BIBTEX
+
 __all__ = ["CardInfo", "render_card", "card_from_folder", "TEMPLATE_PATH", "PAPER_URL", "CITATION"]
 
 TEMPLATE_PATH = Path(__file__).with_name("templates") / "model_card.md"
 PAPER_URL = "https://arxiv.org/abs/2511.15572"
 PLACEHOLDER_REPO_ID = "ORG/NAME"
 
-CITATION = """@inproceedings{tian2026encodingmismatch,
-  title         = {From Per-Image Low-Rank to Encoding Mismatch: Rethinking Feature Distillation in Vision Transformers},
-  author        = {Tian and Xu and Li},
-  booktitle     = {Proceedings of the 43rd International Conference on Machine Learning (ICML)},
-  year          = {2026},
-  eprint        = {2511.15572},
-  archivePrefix = {arXiv},
-  url           = {https://arxiv.org/abs/2511.15572}
-}"""
+CITATION = CITATION_BIBTEX  # one BibTeX for cards, README and docs (vitkd_zoo/paper.py)
 
 # Dataset keys -> (Hub dataset id, display name). Any other value is used as given for both.
 DATASETS = {
