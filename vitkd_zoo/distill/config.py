@@ -259,7 +259,7 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def method_name(cfg: Mapping[str, Any], architecture: Optional[str] = None) -> str:
+def method_name(cfg: Mapping[str, Any], architecture: str | None = None) -> str:
     """A readable label, e.g. ``lift+softkd+fft``, ``deit+softkd+pool-fft``, ``widelast+ce``. ``architecture``
     (the built model's registered name) wins over ``cfg['model']``, which may be a folder."""
     model = str(architecture or cfg["model"]).lower()

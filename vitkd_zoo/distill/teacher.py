@@ -93,7 +93,7 @@ class FrozenTeacher:
             layer = -1
         self.tap = FeatureTap(model, layer, with_feature=with_feature, role="teacher")
         self.layer = self.tap.layer
-        self._forward = torch.compile(self.tap) if compile else self.tap
+        self._forward = torch.compile(self.tap.__call__) if compile else self.tap
         self._renorm = None
         cfg = getattr(model, "pretrained_cfg", None) or {}
         teacher_mean = teacher_mean if teacher_mean is not None else cfg.get("mean")

@@ -420,7 +420,7 @@ def run_training(
         elif with_feature and cfg["feature_adapter"] == "projector":
             module.adapter = ProjectorAdapter(setup_info["student_feature"][0], setup_info["teacher_feature"][0])
         if cfg["teacher_compile"]:
-            teacher._forward = torch.compile(teacher.tap)
+            teacher._forward = torch.compile(teacher.tap.__call__)
     set_seed(cfg["seed"] + accelerator.process_index)  # per-process drop-path / mixup randomness
 
     # ---- loaders -----------------------------------------------------------------------------------------------
