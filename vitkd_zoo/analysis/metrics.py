@@ -36,7 +36,9 @@ DEFAULT_SEP_THRESHOLDS = (0.50, 0.60, 0.70, 0.80, 0.90)
 SEP_MODES = ("full", "folded")
 
 # Chunk sizes: small enough to stay in cache (measured fastest on CPU), large enough to batch the GPU.
-_CHUNK_IMAGES = 16  # images per float64 Gram / projection chunk
+_CHUNK_IMAGES = 16  # images per float64 per-image Gram chunk
+_CHUNK_PROJECT = 4  # images per float64 PCA projection chunk
+_CHUNK_ROWS = 1024  # token rows per float64 second-moment block
 _CHUNK_TOKENS = 1024  # tokens per FFT chunk
 
 
@@ -100,7 +102,7 @@ def _sigma_squared(x: torch.Tensor) -> torch.Tensor:
     """sigma^2 of each ``[T, C]`` matrix, descending, as the eigenvalues of the smaller float64 Gram matrix.
 
     Same numbers as ``svdvals(x) ** 2`` to ~1e-13 of the image's energy, about 2x faster than ``svdvals`` on CPU
-    and 9x faster than the authors' per-image ``np.linalg.svd`` (``benchmarks/analysis.py``).
+    and 5-6x faster than the authors' per-image ``np.linalg.svd`` (``benchmarks/analysis.py``).
     """
     x = x.to(torch.float64)
     gram = x @ x.mT if x.shape[-2] <= x.shape[-1] else x.mT @ x
@@ -192,7 +194,7 @@ class SecondMoment:
         return None if self.gram is None else self.gram.shape[0]
 
     def update(self, tokens: torch.Tensor) -> SecondMoment:
-        flat = tokens.reshape(-1, tokens.shape[-1]).to(torch.float64)
+        flat = tokens.reshape(-1, tokens.shape[-1])
         if flat.shape[0] == 0:
             return self
         if self.gram is None:
@@ -201,10 +203,10 @@ class SecondMoment:
             self.sum = torch.zeros(c, dtype=torch.float64, device=flat.device)
         elif flat.shape[1] != self.gram.shape[0]:
             raise ValueError(f"token width changed: accumulated C={self.gram.shape[0]}, got C={flat.shape[1]}")
-        flat = flat.to(self.gram.device)
-        for part in flat.split(_CHUNK_IMAGES * 256):  # row blocks that stay in cache
+        for part in flat.split(_CHUNK_ROWS):  # float64 row blocks that stay in cache
+            part = part.to(device=self.gram.device, dtype=torch.float64)
             self.gram += part.T @ part
-        self.sum += flat.sum(dim=0)
+            self.sum += part.sum(dim=0)
         self.count += flat.shape[0]
         return self
 
@@ -232,7 +234,7 @@ class SecondMoment:
 
 def pca_energy_curves(
         tokens: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor | None = None, *,
-        chunk_size: int = _CHUNK_IMAGES,
+        chunk_size: int = _CHUNK_PROJECT,
 ) -> torch.Tensor:
     """``E_i(d) = ||(X_i - mean) V_d||_F^2 / ||X_i - mean||_F^2`` for d = 1..C: ``[N, T, C] -> [N, C]`` float64."""
     tokens = _as_tokens(tokens)
@@ -290,23 +292,29 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"SEP mode must be one of {SEP_MODES}, got {mode!r}")
 
 
-def _rfft_power(tokens: torch.Tensor) -> torch.Tensor:
-    """``|rfft(x)|^2`` along channels in float64: ``[..., C] -> [..., C//2 + 1]``."""
-    return torch.view_as_real(torch.fft.rfft(tokens.to(torch.float64), dim=-1)).square().sum(dim=-1)
+def _fold_weights(length: int, channels: int, device) -> torch.Tensor:
+    """2 for rFFT bins with a conjugate partner (0 < k, 2k != C), else 1."""
+    k = torch.arange(length, device=device)
+    return torch.where((k > 0) & (2 * k != channels), 2.0, 1.0).to(torch.float64)
+
+
+def _normalised_power(tokens: torch.Tensor) -> torch.Tensor:
+    """``|rfft(x)|^2 / ||x||^2`` along channels in float64: ``[..., C] -> [..., C//2 + 1]``."""
+    spectrum = torch.fft.rfft(tokens.to(torch.float64), dim=-1)
+    power = spectrum.real.square() + spectrum.imag.square()
+    total = power @ _fold_weights(power.shape[-1], tokens.shape[-1], power.device)  # Parseval: the token's energy
+    _check_energy(total, "tokens")
+    return power / total.unsqueeze(-1)
 
 
 def _curves_from_power(power: torch.Tensor, mode: str, channels: int) -> torch.Tensor:
-    """Per-token cumulative share from rFFT power. A real signal's full spectrum mirrors its rFFT
+    """Per-token cumulative share from normalised rFFT power. A real signal's full spectrum mirrors its rFFT
     (``e(C - k) = e(k)``), so both modes come from one rFFT."""
     if mode == "full":
         energy = torch.cat([power, power[..., 1:channels - power.shape[-1] + 1].flip(-1)], dim=-1)
     else:
-        k = torch.arange(power.shape[-1], device=power.device)
-        energy = power * torch.where((k > 0) & (2 * k != channels), 2.0, 1.0).to(power.dtype)
-    curves = energy.cumsum(dim=-1)
-    total = curves[..., -1:]
-    _check_energy(total, "tokens")
-    return curves / total
+        energy = power * _fold_weights(power.shape[-1], channels, power.device)
+    return energy.cumsum_(dim=-1)
 
 
 def token_sep_curves(tokens: torch.Tensor, mode: str = "full") -> torch.Tensor:
@@ -316,7 +324,7 @@ def token_sep_curves(tokens: torch.Tensor, mode: str = "full") -> torch.Tensor:
     conjugate partner (0 < k, 2k != C) doubled (L = C//2 + 1); both keep the token's total energy (Parseval).
     """
     _check_mode(mode)
-    return _curves_from_power(_rfft_power(tokens), mode, tokens.shape[-1])
+    return _curves_from_power(_normalised_power(tokens), mode, tokens.shape[-1])
 
 
 class SEPAccumulator:
@@ -343,7 +351,7 @@ class SEPAccumulator:
         elif curves.shape[-1] != self.sum.shape[0]:
             raise ValueError(f"token width changed: curve length {self.sum.shape[0]} vs {curves.shape[-1]}")
         self.sum += curves.sum(dim=0)
-        self.sumsq += curves.square().sum(dim=0)
+        self.sumsq += curves.square_().sum(dim=0)  # curves is a temporary: square in place
         self.count += curves.shape[0]
 
     def mean(self) -> torch.Tensor:
@@ -361,7 +369,7 @@ def update_sep(accumulators: Sequence[SEPAccumulator], tokens: torch.Tensor, chu
     """Feed several SEP accumulators (e.g. full and folded) from one rFFT per token chunk."""
     flat = tokens.reshape(-1, tokens.shape[-1])
     for part in flat.split(chunk_tokens):
-        power = _rfft_power(part)
+        power = _normalised_power(part)
         for acc in accumulators:
             acc._add(_curves_from_power(power, acc.mode, flat.shape[-1]))
 
