@@ -320,8 +320,14 @@ def export_model(model: nn.Module, out_dir: str | os.PathLike, *, model_args: Ma
 # ----------------------------------------------------------------------------------------------------------------
 def _make_accelerator(cfg: Mapping[str, Any], output_dir: Path):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import ProjectConfiguration
 
+    if AcceleratorState._shared_state and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # several runs in one single-process Python session (quickstart: teacher, then students): Accelerate's
+        # singletons would keep the first run's precision / accumulation and refuse new ones
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
     mixed_precision = cfg["mixed_precision"]
     if mixed_precision == "no" and os.environ.get("ACCELERATE_MIXED_PRECISION", "no") != "no":
         mixed_precision = None  # the launcher's --mixed_precision wins over the default
