@@ -133,3 +133,12 @@ def test_analyze_options_norm_and_no_pca(tmp_path, capsys):
     assert list(layer["sep"]["full"]["bandwidth"]) == ["0.5"]
     assert not (out / "svd_vs_pca.png").exists() and (out / "sep_curve.png").stat().st_size > 10_000
     assert "| deit_tiny_lift | 1 | 64 | 10 | " in capsys.readouterr().out
+
+
+def test_display_name(tmp_path):
+    from vitkd_zoo.analysis.cli import display_name
+
+    (tmp_path / "lift_kd" / "export").mkdir(parents=True)
+    assert display_name(str(tmp_path / "lift_kd" / "export")) == "lift_kd"
+    assert display_name(f"local-dir:{tmp_path / 'lift_kd'}") == "lift_kd"
+    assert display_name("hf-hub:org/name") == "hf-hub:org/name" and display_name("cait_s24_224") == "cait_s24_224"

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from .features import EmptyDataError, LayerSpec, iter_tokens, num_token_layers, resolve_layers
+from .features import EmptyDataError, LayerIndexError, LayerSpec, iter_tokens, num_token_layers, resolve_layers
 from .metrics import (
     _CHUNK_IMAGES,
     DEFAULT_SEP_THRESHOLDS,
@@ -191,7 +191,8 @@ def _pca_layer_ids(pca_layers: str | Sequence[int] | None, layer_ids: list[int])
     chosen = sorted(set(int(v) for v in pca_layers))
     missing = [v for v in chosen if v not in layer_ids]
     if missing:
-        raise ValueError(f"pca_layers {missing} are not among the analysed layers {layer_ids}")
+        raise LayerIndexError(f"pca_layers {missing} are not among the analysed layers {layer_ids}; add them to "
+                              "`layers` or use pca_layers='last' / 'all'")
     return chosen
 
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["register", "run", "format_table"]
+__all__ = ["register", "run", "format_table", "display_name", "load_model"]
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -73,6 +73,15 @@ def load_model(name: str, checkpoint: str | None, kwargs: dict, pretrained: bool
                             "local weights with --checkpoint instead.") from e
 
 
+def display_name(name: str) -> str:
+    """A short label for tables and plots: an export folder's run name (``runs/lift/export`` -> ``lift``)."""
+    path = name.split(":", 1)[1] if name.startswith("local-dir:") else name
+    if not os.path.isdir(path):
+        return name
+    folder = Path(path).resolve()
+    return folder.parent.name if folder.name == "export" else folder.name
+
+
 def _resolve_device(requested: str):
     import torch
 
@@ -82,6 +91,10 @@ def _resolve_device(requested: str):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {requested} requested but CUDA is not available; use --device cpu")
     return device
+
+
+def _label(model: dict) -> str:
+    return model.get("label") or model.get("name", "model")
 
 
 def format_table(models: Sequence[dict]) -> str:
@@ -100,7 +113,7 @@ def format_table(models: Sequence[dict]) -> str:
         pca = ("/".join(f"{layer['pca']['summary'][f'{t:g}']['p99']:.0f}" for t in thresholds)
                if "pca" in layer else "–")
         sep = "/".join(f"{layer['sep']['full']['bandwidth'][f'{t:g}']:.3f}" for t in sep_thresholds)
-        lines.append(f"| {m['name']} | {m['last_layer']} | {layer['channels']} | {m['num_images']} | {svd} | {pca} "
+        lines.append(f"| {_label(m)} | {m['last_layer']} | {layer['channels']} | {m['num_images']} | {svd} | {pca} "
                      f"| {sep} |")
     if any(len(m["layers"]) > 1 for m in models):
         lines.append("")
@@ -108,7 +121,7 @@ def format_table(models: Sequence[dict]) -> str:
         for m in models:
             cells = ", ".join(f"{layer}: {m['layerwise'][str(layer)]['mean']:.1f} "
                               f"({m['layerwise'][str(layer)]['p99']:.0f})" for layer in m["layers"])
-            lines.append(f"  {m['name']}: {cells}")
+            lines.append(f"  {_label(m)}: {cells}")
     return "\n".join(lines)
 
 
@@ -173,8 +186,11 @@ def _run(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - start
         print(f"[{role}] analysed {result['num_images']} images x {len(result['layers'])} blocks in {seconds:.1f} s",
               flush=True)
+        label = display_name(name)
+        if any(r["label"] == label for r in results):
+            label = f"{label} ({role})"
         results.append({
-            "name": name, "role": role, "checkpoint": str(checkpoint) if checkpoint else None, "model_args": kwargs,
+            "name": name, "label": label, "role": role, "checkpoint": str(checkpoint) if checkpoint else None, "model_args": kwargs,
             "architecture": type(model).__name__, "params": sum(p.numel() for p in model.parameters()),
             "images": image_names, "seconds": round(seconds, 3), **result,
         })

@@ -33,12 +33,16 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
+def _label(model: dict) -> str:
+    return model.get("label") or model.get("name", "model")
+
+
 def _last(model: dict) -> dict:
     return model["per_layer"][str(model["last_layer"])]
 
 
 def _title(model: dict) -> str:
-    return f"{model.get('name', 'model')} (block {model['last_layer']}, C={model['channels']})"
+    return f"{_label(model)} (block {model['last_layer']}, C={model['channels']})"
 
 
 def plot_rank_histograms(models: Sequence[dict], path: str | os.PathLike) -> Path:
@@ -64,7 +68,7 @@ def plot_rank_histograms(models: Sequence[dict], path: str | os.PathLike) -> Pat
             ax.set_title(f"{tau:.0%} energy", fontsize=10)
             ax.set_xlabel("dims needed")
             if col == 0:
-                ax.set_ylabel(f"{model.get('name', 'model')}\nimages")
+                ax.set_ylabel(f"{_label(model)}\nimages")
             ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
     fig.suptitle("Dims needed per image (last analysed block; " + ", ".join(_title(m) for m in models) + ")",
@@ -87,7 +91,7 @@ def plot_rank_vs_layer(models: Sequence[dict], path: str | os.PathLike) -> Path:
         p25, p75 = np.array([s["p25"] for s in stats]), np.array([s["p75"] for s in stats])
         p99 = np.array([s["p99"] for s in stats])
         for ax, scale in ((ax_abs, 1.0), (ax_rel, width)):
-            name = model.get("name", "model")
+            name = _label(model)
             ax.plot(layers, mean / scale, "o-", color=color, label=f"{name} mean")
             ax.fill_between(layers, (mean - std) / scale, (mean + std) / scale, color=color, alpha=0.12)
             ax.fill_between(layers, p25 / scale, p75 / scale, color=color, alpha=0.25)
@@ -117,7 +121,7 @@ def plot_sep_curves(models: Sequence[dict], path: str | os.PathLike) -> Path:
             x = np.arange(1, curve.size + 1) / curve.size
             b90 = sep[mode]["bandwidth"].get("0.9")
             extra = f", b(0.9)={b90:.3f}" if b90 is not None else ""
-            ax.plot(x, curve, style, color=color, label=f"{model.get('name', 'model')} {mode}{extra}")
+            ax.plot(x, curve, style, color=color, label=f"{_label(model)} {mode}{extra}")
         std = np.asarray(sep["full"]["std"])
         curve = np.asarray(sep["full"]["curve"])
         x = np.arange(1, curve.size + 1) / curve.size
@@ -155,7 +159,7 @@ def plot_svd_vs_pca(models: Sequence[dict], path: str | os.PathLike) -> Path:
             pos = x - 0.4 + width * (bar + 0.5)
             rects = ax.bar(pos, values / channels, width, color=color, alpha=0.9 if kind == "svd" else 0.45,
                            hatch=hatch, edgecolor="black", linewidth=0.5,
-                           label=f"{model.get('name', 'model')} {'per-image SVD' if kind == 'svd' else 'dataset PCA'}")
+                           label=f"{_label(model)} {'per-image SVD' if kind == 'svd' else 'dataset PCA'}")
             for rect, v in zip(rects, values, strict=True):
                 ax.annotate(f"{v:.0f}", (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center",
                             va="bottom", fontsize=7)
