@@ -180,3 +180,34 @@ def test_gradient_accumulation_equals_the_full_batch_and_bf16_ema_run(tmp_path):
     bf16 = run_training(FMNIST / "deit_scratch.yaml", tmp_path / "bf16", dict(
         base, mixed_precision="bf16", ema=True, ema_decay=0.5, eval_ema=True, clip_grad=1.0))
     assert np.isfinite(bf16["history"][0]["train_loss"]) and bf16["eval_count"] == 64
+
+
+def test_webdataset_shards_through_timm_create_dataset(tmp_path):
+    webdataset = pytest.importorskip("webdataset")
+    import io
+
+    from vitkd_zoo.data import load_fashion_mnist
+
+    images, labels = load_fashion_mnist("test")
+    root = tmp_path / "wds"
+    root.mkdir()
+    splits, start = {}, 0
+    for split, shards, per_shard in (("train", 2, 64), ("validation", 1, 40)):
+        names = []
+        for s in range(shards):
+            name = f"fmnist-{split}-{s:04d}.tar"
+            with webdataset.TarWriter(str(root / name)) as sink:
+                for i in range(start, start + per_shard):
+                    buf = io.BytesIO()
+                    Image.fromarray(images[i]).save(buf, format="PNG")
+                    sink.write({"__key__": f"{i:06d}", "png": buf.getvalue(), "cls": str(int(labels[i])).encode()})
+            start += per_shard
+            names.append(name)
+        splits[split] = dict(name=split, num_samples=shards * per_shard, filenames=names,
+                             shard_lengths=[per_shard] * shards)
+    (root / "_info.json").write_text(json.dumps({"name": "fmnist", "splits": splits}))
+    summary = run_training(FMNIST / "deit_scratch.yaml", tmp_path / "out", dict(
+        QUIET, model_kwargs=TINY, dataset="wds/fmnist", data_dir=str(root), train_split="train",
+        eval_split="validation", num_classes=10, epochs=1, global_batch_size=32, export=False, mean=[0.286],
+        std=[0.353]))
+    assert summary["global_steps"] == 4 and summary["images_seen"] == 128 and summary["eval_count"] == 40

@@ -271,12 +271,18 @@ def build_datasets(cfg: Mapping[str, Any], data_config: Mapping[str, Any], train
             and not Path(cfg["data_dir"]).exists():
         raise DatasetError(f"dataset folder not found: {cfg['data_dir']}")
     img_mode = "L" if mode == "L" else "RGB"
-    train = create_dataset(kind, root=cfg["data_dir"], split=cfg["train_split"], is_training=True,
-                           batch_size=1, num_samples=cfg["max_train_samples"], seed=cfg["seed"],
-                           input_img_mode=img_mode, transform=train_transform)
-    evaluation = create_dataset(kind, root=cfg["data_dir"], split=cfg["eval_split"], is_training=False,
-                                batch_size=1, num_samples=cfg["max_eval_samples"], input_img_mode=img_mode,
-                                transform=eval_transform)
+
+    def make(split: str, is_training: bool, limit: int | None, transform):
+        kwargs = dict(root=cfg["data_dir"], split=split, is_training=is_training, batch_size=1, seed=cfg["seed"],
+                      input_img_mode=img_mode, transform=transform)
+        ds = create_dataset(kind, **kwargs)
+        # timm treats num_samples as the epoch length (and cycles past the end): only ever shorten the split
+        if limit is not None and hasattr(ds, "__len__") and limit < len(ds):
+            ds = create_dataset(kind, num_samples=int(limit), **kwargs)
+        return ds
+
+    train = make(cfg["train_split"], True, cfg["max_train_samples"], train_transform)
+    evaluation = make(cfg["eval_split"], False, cfg["max_eval_samples"], eval_transform)
     reader = getattr(train, "reader", None)
     class_to_idx = getattr(reader, "class_to_idx", None) or {}
     classes = sorted(class_to_idx, key=class_to_idx.get) if class_to_idx else None

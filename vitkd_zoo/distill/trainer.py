@@ -15,6 +15,7 @@ Accelerate pitfalls handled here (docs: ../shared ecosystem notes, see docs/trai
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -183,6 +184,8 @@ def evaluate(accelerator, model: nn.Module, loader, pre_sharded: bool = False) -
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
     for x, y in loader:
+        if pre_sharded:  # unprepared loader (timm readers): batches are still on the CPU
+            x, y = x.to(accelerator.device), y.to(accelerator.device)
         with accelerator.autocast():
             logits = model(x)
         logits = logits.float()
@@ -538,8 +541,10 @@ def run_training(
                     if state.step_in_epoch else train_loader
                 if state.step_in_epoch:
                     loader.set_epoch(epoch)
-            else:
-                loader = train_loader
+            else:  # timm reader: it shuffles by epoch itself; a resumed epoch re-reads and drops what was trained
+                if hasattr(train_ds, "set_epoch"):
+                    train_ds.set_epoch(epoch)
+                loader = itertools.islice(train_loader, state.step_in_epoch, None)
             progress = tqdm(total=steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {epoch}",
                             disable=not (is_main and cfg["progress"]), leave=False)
             loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
