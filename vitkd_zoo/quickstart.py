@@ -328,13 +328,17 @@ def _analysis_stage(runs: dict[str, Path], out_dir: Path, per_class: int, device
     """The paper's diagnostics (per-image SVD ranks, dataset PCA, SEP) for the teacher and each student."""
     from vitkd_zoo.analysis import analyze_model, build_dataset, make_loader
     from vitkd_zoo.analysis.plots import write_plots
+    from vitkd_zoo.models import VisionTransformerLift
 
     results = []
     for name, export in runs.items():
         model = _load_export(export)
         dataset, _ = build_dataset("fashion-mnist", model, per_class, split="test")
-        result = analyze_model(model, make_loader(dataset, 64), layers="all", device=device)
-        results.append({"name": name, "role": "teacher" if name == "teacher" else "student",
+        # Lift's lift sits in the final-norm slot: norm=True analyses the lifted tokens it distills and classifies
+        lifted = isinstance(model, VisionTransformerLift)
+        result = analyze_model(model, make_loader(dataset, 64), layers="all", device=device, norm=lifted)
+        results.append({"name": name + (" (lifted)" if lifted else ""),
+                        "role": "teacher" if name == "teacher" else "student",
                         "architecture": type(model).__name__, **result})
         _say(f"  {name}: {result['num_images']} images x {len(result['layers'])} blocks")
     analysis_dir = out_dir / "analysis"
@@ -342,7 +346,7 @@ def _analysis_stage(runs: dict[str, Path], out_dir: Path, per_class: int, device
     (analysis_dir / "analysis.json").write_text(json.dumps({"models": results}, indent=1))
     plots = write_plots(results, analysis_dir)
     _say(f"  plots: {', '.join(p.name for p in plots)}")
-    return {r["name"]: _analysis_summary(r) for r in results}
+    return {r["name"].replace(" (lifted)", ""): _analysis_summary(r) for r in results}
 
 
 def _analysis_summary(result: dict) -> dict:
