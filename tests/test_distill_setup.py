@@ -217,6 +217,13 @@ def test_token_grid_mismatch(tmp_path):
         run_training(tiny_run(model_kwargs=dict(TINY, patch_size=7, lift_dim=64)), tmp_path)
 
 
+def test_head_smaller_than_the_dataset(tmp_path):
+    from vitkd_zoo.distill import SetupError
+
+    with pytest.raises(SetupError, match="num_classes=5 but the dataset has 10 classes"):
+        run_training(tiny_run(num_classes=5, teacher=None, alpha=0, feature_loss="none"), tmp_path)
+
+
 def test_no_such_teacher_layer(tmp_path):
     with pytest.raises(LayerNotFoundError, match="teacher.*no layer 23"):
         run_training(tiny_run(teacher_layer=23), tmp_path)

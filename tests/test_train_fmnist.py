@@ -211,3 +211,52 @@ def test_webdataset_shards_through_timm_create_dataset(tmp_path):
         eval_split="validation", num_classes=10, epochs=1, global_batch_size=32, export=False, mean=[0.286],
         std=[0.353]))
     assert summary["global_steps"] == 4 and summary["images_seen"] == 128 and summary["eval_count"] == 40
+
+
+def test_teacher_from_name_plus_checkpoint_and_bf16_weights(teacher_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    from vitkd_zoo.distill import FrozenTeacher, create_teacher
+
+    ref = create_teacher(str(teacher_dir)).eval()  # export folder -> local-dir:
+    save_file(ref.state_dict(), str(tmp_path / "teacher.safetensors"))
+    config = json.loads((teacher_dir / "config.json").read_text())
+    same = create_teacher(config["architecture"], checkpoint=str(tmp_path / "teacher.safetensors"),
+                          **config["model_args"]).eval()
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(same(x), ref(x))
+    bf16 = FrozenTeacher(same, layer=-1, dtype=torch.bfloat16)
+    logits, feature = bf16(x.bfloat16())
+    assert logits.dtype == torch.bfloat16 and feature.shape == (4, 64, 7, 7)
+    torch.testing.assert_close(logits.float(), ref(x), atol=0.2, rtol=0.1)
+
+
+def test_finetune_from_hf_hub_id(teacher_dir, tmp_path):
+    """``--model hf-hub:org/name`` through a hand-built offline Hub cache (environment.md §5, option A)."""
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+
+    repo = "vitkd-test/fmnist-cait"
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    root = tmp_path / "hub" / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(teacher_dir / name, snapshot / name)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"), OMP_NUM_THREADS="1",
+               PYTHONPATH=str(ROOT))
+    out = tmp_path / "ft"
+    proc = subprocess.run([sys.executable, str(ROOT / "training" / "finetune.py"), "--model", f"hf-hub:{repo}",
+                           "--output-dir", str(out), "--config", str(FMNIST / "finetune.yaml"), "--epochs", "1",
+                           "--max-train-samples", "128", "--max-eval-samples", "64", "--global-batch-size", "32",
+                           "--num-workers", "0", "--log-with", "none", "--progress", "false", "--export", "false"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == f"hf-hub:{repo}" and summary["method"] == "cait+ce" and summary["eval_count"] == 64
+    # loaded, not random: the trained teacher's accuracy carries over after one short epoch
+    assert summary["history"][0]["top1"] > 15.0

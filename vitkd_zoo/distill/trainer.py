@@ -402,6 +402,10 @@ def run_training(
     num_classes = int(cfg["num_classes"] or (len(classes) if classes else 0))
     if num_classes <= 0:
         raise SetupError("could not infer the number of classes from the dataset: set num_classes")
+    if classes and num_classes < len(classes):
+        raise SetupError(f"num_classes={num_classes} but the dataset has {len(classes)} classes "
+                         f"({', '.join(map(str, list(classes)[:5]))}, ...): labels would fall outside the head. "
+                         "Remove num_classes to use the dataset's count.")
     set_seed(cfg["seed"])  # identical init whatever the probe consumed
     student = build_student(cfg, num_classes)
     del probe
