@@ -86,13 +86,15 @@ class DistillationModel(nn.Module):
         return logits, feature, teacher_feature
 
 
-def build_student(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
+def build_student(cfg: Mapping[str, Any], num_classes: int | None) -> nn.Module:
     """The student from ``model`` (+ ``model_kwargs``): registry name, ``hf-hub:``, ``local-dir:``, export folder,
     or ``checkpoint``. Weights that name another class count get a new head (finetuning)."""
     from vitkd_zoo.models import create_model
 
     name = resolve_model_name(str(cfg["model"]))
-    kwargs = dict(cfg["model_kwargs"], num_classes=num_classes)
+    kwargs = dict(cfg["model_kwargs"])
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
     if cfg["drop_path_rate"]:
         kwargs.setdefault("drop_path_rate", cfg["drop_path_rate"])
     if cfg["checkpoint"]:
@@ -394,9 +396,9 @@ def run_training(
     is_main = accelerator.is_main_process
 
     # ---- student, data -----------------------------------------------------------------------------------------
-    # the student is built first with a provisional class count only if the data needs the model's input config
-    probe = build_student(cfg, num_classes=cfg["num_classes"] or 1000) if cfg["num_classes"] is None else None
-    data_config = resolve_data_config(cfg, probe if probe is not None else build_student(cfg, cfg["num_classes"]))
+    # the input size / normalisation come from the student's config, the class count from the data: build it twice
+    probe = build_student(cfg, cfg["num_classes"])  # the weights' own head (or the default) until the data says
+    data_config = resolve_data_config(cfg, probe)
     train_tf, eval_tf = build_transforms(cfg, data_config)
     train_ds, eval_ds, classes = build_datasets(cfg, data_config, train_tf, eval_tf)
     num_classes = int(cfg["num_classes"] or (len(classes) if classes else 0))
