@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Distil a timm student from a frozen teacher with the losses of arXiv 2511.15572 (or train it without one).
+r"""Distil a timm student from a frozen teacher with the losses of arXiv 2511.15572 (or train it without one).
 
     accelerate launch training/distill.py --config training/configs/imagenet/lift_softkd_fft.yaml \
         --output-dir outputs/lift_softkd_fft [--resume] [--<config-key> VALUE ...]
@@ -13,7 +13,14 @@ import argparse
 import json
 import sys
 
-from vitkd_zoo.distill import ConfigError, parse_cli_overrides, run_training
+from vitkd_zoo.distill import (
+    ConfigError,
+    DatasetError,
+    LayerNotFoundError,
+    SetupError,
+    parse_cli_overrides,
+    run_training,
+)
 
 
 def main(argv=None) -> int:
@@ -26,7 +33,10 @@ def main(argv=None) -> int:
         overrides = parse_cli_overrides(rest)
     except ConfigError as e:
         parser.error(str(e))
-    summary = run_training(args.config, args.output_dir, overrides, resume=args.resume)
+    try:
+        summary = run_training(args.config, args.output_dir, overrides, resume=args.resume)
+    except (ConfigError, DatasetError, SetupError, LayerNotFoundError) as e:  # checks before training
+        parser.exit(2, f"{parser.prog}: error: {type(e).__name__}: {e}\n")
     print(json.dumps({k: summary[k] for k in ("method", "top1", "top5", "best_top1", "epochs", "images_seen",
                                               "eval_count", "export_dir")}))
     return 0

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fine-tune a trained model on a new dataset with a new classification head.
+r"""Fine-tune a trained model on a new dataset with a new classification head.
 
     accelerate launch training/finetune.py --model local-dir:outputs/lift/export \
         --config training/configs/fmnist/finetune.yaml --output-dir outputs/lift_ft [--resume] [--<key> VALUE ...]
@@ -12,7 +12,14 @@ import argparse
 import json
 import sys
 
-from vitkd_zoo.distill import ConfigError, parse_cli_overrides, run_training
+from vitkd_zoo.distill import (
+    ConfigError,
+    DatasetError,
+    LayerNotFoundError,
+    SetupError,
+    parse_cli_overrides,
+    run_training,
+)
 
 
 def main(argv=None) -> int:
@@ -29,7 +36,10 @@ def main(argv=None) -> int:
     overrides.setdefault("pretrained", True)  # fine-tuning always starts from trained weights
     if args.model:
         overrides["model"] = args.model
-    summary = run_training(args.config, args.output_dir, overrides, resume=args.resume)
+    try:
+        summary = run_training(args.config, args.output_dir, overrides, resume=args.resume)
+    except (ConfigError, DatasetError, SetupError, LayerNotFoundError) as e:  # checks before training
+        parser.exit(2, f"{parser.prog}: error: {type(e).__name__}: {e}\n")
     print(json.dumps({k: summary[k] for k in ("method", "model", "top1", "top5", "epochs", "images_seen",
                                               "eval_count", "num_classes", "export_dir")}))
     return 0
