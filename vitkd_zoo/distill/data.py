@@ -327,7 +327,7 @@ def _seeded(seed: int):
     py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed would also reset the CUDA generators
     try:
         yield
     finally:
