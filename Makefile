@@ -42,6 +42,10 @@ test: setup olah
 quickstart: setup
 	HF_HUB_OFFLINE=1 $(BIN)/vitkd-zoo quickstart $(QUICKSTART_ARGS)
 
+## paper-mini: the full small-scale protocol (all variants x 3 seeds); results go to docs/results/
+paper-mini: setup
+	HF_HUB_OFFLINE=1 $(BIN)/vitkd-zoo paper-mini --out runs/paper-mini --results-dir docs/results $(PAPER_MINI_ARGS)
+
 lint:
 	$(BIN)/ruff check vitkd_zoo training tests benchmarks
 

@@ -34,10 +34,11 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory) -> Path:
-    """A CaiT teacher of width 64 (2x the students) trained with plain CE (no teacher) and exported."""
+    """A CaiT teacher of width 64 (2x the students) trained with plain CE (no teacher) and exported (the recipe's
+    teacher is a ViT; a CaiT, as the paper's, exercises the class-attention teacher path)."""
     out = tmp_path_factory.mktemp("teacher")
     summary = run_training(FMNIST / "teacher.yaml", out, dict(
-        QUIET, model_kwargs=dict(TINY, embed_dim=64, depth_token_only=1, init_values=0.1), epochs=3,
+        QUIET, model="cait_xxs24_224", model_kwargs=dict(TINY, embed_dim=64, depth_token_only=1, init_values=0.1), epochs=3,
         max_train_samples=1536, max_eval_samples=400, global_batch_size=64, lr=2e-3, warmup_epochs=0, scale=[0.8, 1.0],
         reprob=0.0))
     assert summary["method"] == "cait+ce" and summary["teacher"] is None
