@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "teacher_layer": -1,            # teacher block distilled (CaiT-S24: 23 = -1, last self-attention block)
     "teacher_dtype": None,          # null (as the student) | bf16 | fp16 | fp32: cast the frozen teacher's weights
     "teacher_compile": False,
+    "teacher_fused_attention": None,  # CaiT talking-heads attention via exact fused SDPA (null: on CUDA only)
     "teacher_mean": None,           # override the teacher's own normalisation (null: its pretrained_cfg)
     "teacher_std": None,
     # --- loss: (1 - alpha) * CE_ls + alpha * KD + beta * feature_weight * feature ----------------------------

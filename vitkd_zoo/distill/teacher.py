@@ -70,6 +70,9 @@ class FrozenTeacher:
         dtype: cast the weights (``torch.bfloat16`` halves the teacher's cost on GPUs); outputs stay as computed
             and the losses cast to fp32.
         compile: ``torch.compile`` the tapped forward.
+        fused_attention: run CaiT's talking-heads attention through the exact fused-SDPA rewrite
+            (``fast_cait.py``). None (default): on CUDA devices only, where fused kernels pay off; the plain timm
+            path is kept on the CPU and for other teachers.
     """
 
     def __init__(
@@ -84,11 +87,15 @@ class FrozenTeacher:
             teacher_std: Sequence[float] | None = None,
             dtype: torch.dtype | None = None,
             compile: bool = False,
+            fused_attention: bool | None = None,
     ):
         model.eval().requires_grad_(False)
         if dtype is not None:
             model.to(dtype=dtype)
         self.model = model
+        self.fused_attention, self.fused_layers = fused_attention, 0
+        if fused_attention:
+            self._use_fused_attention()
         if layer == DISTILL_LAYER:
             layer = -1
         self.tap = FeatureTap(model, layer, with_feature=with_feature, role="teacher")
@@ -117,8 +124,15 @@ class FrozenTeacher:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def _use_fused_attention(self) -> None:
+        from .fast_cait import use_fused_talking_heads
+
+        self.fused_layers += use_fused_talking_heads(self.model)
+
     def to(self, device: str | torch.device) -> FrozenTeacher:
         self.model.to(device)
+        if self.fused_attention is None and torch.device(device).type == "cuda" and not self.fused_layers:
+            self._use_fused_attention()
         if self._renorm is not None:
             self._renorm = tuple(t.to(device) for t in self._renorm)
         return self

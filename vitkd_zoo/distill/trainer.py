@@ -425,7 +425,8 @@ def run_training(
         teacher = FrozenTeacher(
             t_model, layer=cfg["teacher_layer"], with_feature=with_feature, input_mean=data_config["mean"],
             input_std=data_config["std"], teacher_mean=cfg["teacher_mean"], teacher_std=cfg["teacher_std"],
-            dtype=_DTYPES[cfg["teacher_dtype"]], compile=False).to(accelerator.device)
+            dtype=_DTYPES[cfg["teacher_dtype"]], compile=False,
+            fused_attention=cfg["teacher_fused_attention"]).to(accelerator.device)
     module = DistillationModel(student, cfg["student_layer"], with_feature=with_feature and teacher is not None)
     if teacher is not None:
         setup_info = check_distillation_setup(module.tap, teacher, data_config["input_size"], cfg["feature_adapter"],
