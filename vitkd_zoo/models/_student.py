@@ -8,10 +8,28 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import get_device_dtype
 from timm.models import checkpoint_seq
 
-__all__ = ["StudentMixin"]
+from ..paper import AUTHORS_CODE, PAPER_ID, TITLE
+
+__all__ = ["StudentMixin", "student_cfg"]
+
+
+def student_cfg(**kwargs) -> dict:
+    """Pretrained cfg shared by the student families: the authors' ImageNet eval preprocessing.
+
+    The authors evaluate with Resize(256) + CenterCrop(224), i.e. ``crop_pct`` 0.875 (timm's DeiT cfg says 0.9).
+    """
+    return {
+        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None,
+        "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": True,
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj", "classifier": "head", "license": "apache-2.0",
+        "paper_ids": PAPER_ID, "paper_name": TITLE, "origin_url": AUTHORS_CODE,
+        **kwargs,
+    }
 
 
 class StudentMixin:

@@ -19,13 +19,12 @@ import re
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, init_weights_vit_timm
 
 from ._checkpoint import check_state_dict, init_from_plain_vit, unwrap_state_dict
-from ._student import StudentMixin
+from ._student import StudentMixin, student_cfg
 
 __all__ = ["VisionTransformerLift", "LiftProjector"]
 
@@ -136,33 +135,19 @@ def _create_lift(variant: str, pretrained: bool = False, **kwargs) -> VisionTran
     )
 
 
-def _cfg(**kwargs) -> dict:
-    # The authors evaluate with Resize(256) + CenterCrop(224), i.e. crop_pct 0.875 (timm's DeiT cfg says 0.9).
-    return {
-        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None,
-        "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": True,
-        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj", "classifier": "head", "license": "apache-2.0",
-        "paper_ids": "arXiv:2511.15572",
-        "paper_name": "From Per-Image Low-Rank to Encoding Mismatch: Rethinking Feature Distillation in Vision Transformers",
-        "origin_url": "https://github.com/thy960112/From-Per-Image-Low-Rank-to-Encoding-Mismatch",
-        **kwargs,
-    }
-
-
 default_cfgs = generate_default_cfgs({
-    "deit_tiny_lift.kd_cait_s24_in1k": _cfg(
+    "deit_tiny_lift.kd_cait_s24_in1k": student_cfg(
         hf_hub_id="Huiyuancs/Encoding_Mismatch",
         hf_hub_filename="models/Lift/pytorch_model.pth",
         description="Authors' release: DeiT-Tiny + Lift distilled from CaiT-S24 (SoftKD + spatial-FFT feature loss, "
                     "300 epochs), ImageNet-1k top-1 77.53.",
         notes=("The Hub page states no license for the weights; the authors' code is Apache-2.0.",),
     ),
-    "deit_tiny_lift.fb_in1k_trunk": _cfg(
+    "deit_tiny_lift.fb_in1k_trunk": student_cfg(
         hf_hub_id="timm/deit_tiny_patch16_224.fb_in1k",
         description="Initialisation only: trunk from timm's DeiT-Tiny (fb_in1k); lift and head freshly initialised.",
     ),
-    "deit_small_lift.untrained": _cfg(description="DeiT-Small trunk lifted to 768 for ViT-B/DeiT-B teachers."),
+    "deit_small_lift.untrained": student_cfg(description="DeiT-Small trunk lifted to 768 for ViT-B/DeiT-B teachers."),
 })
 
 
