@@ -506,7 +506,7 @@ def run_quickstart(out_dir: str | os.PathLike = "runs/quickstart", *, fast: bool
         _say(f"  the wide teacher (cached after the first run), then {len(student_jobs)} students with one recipe, "
              f"seed and budget; {workers} run(s) at a time")
         done = _run_jobs([teacher_job, *student_jobs], workers, _say_done)
-        return done.pop("teacher"), done
+        return done["teacher"], {v.name: done[v.name] for v in QUICKSTART_VARIANTS}  # recipe order, not finish order
 
     teacher, summaries = stages.run(
         f"train: the wide teacher and {len(QUICKSTART_VARIANTS)} students (CE, KD, KD + pooled feature, Lift, WideLast)",
