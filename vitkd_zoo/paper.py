@@ -18,10 +18,3 @@ CITATION_BIBTEX = """@inproceedings{tian26k,
   archivePrefix = {arXiv},
   note          = {OpenReview 2Ud1nkQrVZ}
 }"""
-
-# ImageNet-1k top-1 of DeiT-Tiny students distilled from CaiT-S24 (authors' README; 300 epochs).
-REPORTED_TOP1 = {
-    "deit_tiny_patch16_224": 74.86,
-    "deit_tiny_lift": 77.53,
-    "deit_tiny_widelast": 78.23,
-}

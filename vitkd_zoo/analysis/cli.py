@@ -18,6 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from vitkd_zoo.paper import PAPER_ID
+
 __all__ = ["register", "run", "format_table", "display_name", "load_model"]
 
 
@@ -197,7 +199,7 @@ def _run(args: argparse.Namespace) -> int:
         del model
 
     report = {
-        "tool": "vitkd-zoo analyze", "version": __version__, "paper": "arXiv:2511.15572",
+        "tool": "vitkd-zoo analyze", "version": __version__, "paper": PAPER_ID,
         "definitions": "docs/analysis.md",
         "data": str(args.data), "split": args.split if str(args.data).lower() == "fashion-mnist" else None,
         "per_class": args.per_class, "device": str(device), "norm": args.norm,

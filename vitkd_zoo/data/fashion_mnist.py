@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -152,7 +151,3 @@ def balanced_prefix(labels: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
                 return np.sort(np.asarray(order))
     return np.sort(np.asarray(order))
 
-
-def as_tensor_batch(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, 28, 28] -> float [N, 1, 28, 28] in [0, 1] (for analysis and quick evaluation)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).float().div_(255).unsqueeze(1)

@@ -16,12 +16,12 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..paper import CITATION_BIBTEX
+from ..paper import ARXIV_ID, CITATION_BIBTEX
 
 __all__ = ["CardInfo", "render_card", "card_from_folder", "TEMPLATE_PATH", "PAPER_URL", "CITATION"]
 
 TEMPLATE_PATH = Path(__file__).with_name("templates") / "model_card.md"
-PAPER_URL = "https://arxiv.org/abs/2511.15572"
+PAPER_URL = f"https://arxiv.org/abs/{ARXIV_ID}"
 PLACEHOLDER_REPO_ID = "ORG/NAME"
 
 CITATION = CITATION_BIBTEX  # one BibTeX for cards, README and docs (vitkd_zoo/paper.py)

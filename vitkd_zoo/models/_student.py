@@ -12,9 +12,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import get_device_dtype
 from timm.models import checkpoint_seq
 
-from ..paper import AUTHORS_CODE, PAPER_ID, TITLE
+from ..paper import AUTHORS_CODE, AUTHORS_WEIGHTS, PAPER_ID, TITLE
 
-__all__ = ["StudentMixin", "student_cfg"]
+__all__ = ["StudentMixin", "student_cfg", "AUTHORS_WEIGHTS"]
 
 
 def student_cfg(**kwargs) -> dict:

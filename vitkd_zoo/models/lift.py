@@ -24,7 +24,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer, init_weights_vit_timm
 
 from ._checkpoint import check_state_dict, init_from_plain_vit, unwrap_state_dict
-from ._student import StudentMixin, student_cfg
+from ._student import AUTHORS_WEIGHTS, StudentMixin, student_cfg
 
 __all__ = ["VisionTransformerLift", "LiftProjector"]
 
@@ -137,7 +137,7 @@ def _create_lift(variant: str, pretrained: bool = False, **kwargs) -> VisionTran
 
 default_cfgs = generate_default_cfgs({
     "deit_tiny_lift.kd_cait_s24_in1k": student_cfg(
-        hf_hub_id="Huiyuancs/Encoding_Mismatch",
+        hf_hub_id=AUTHORS_WEIGHTS,
         hf_hub_filename="models/Lift/pytorch_model.pth",
         description="Authors' release: DeiT-Tiny + Lift distilled from CaiT-S24 (SoftKD + spatial-FFT feature loss, "
                     "300 epochs), ImageNet-1k top-1 77.53.",

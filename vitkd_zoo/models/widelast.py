@@ -22,7 +22,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import Attention, Block, Mlp, VisionTransformer, init_weights_vit_timm
 
 from ._checkpoint import check_state_dict, init_from_plain_vit, unwrap_state_dict
-from ._student import StudentMixin, student_cfg
+from ._student import AUTHORS_WEIGHTS, StudentMixin, student_cfg
 
 __all__ = ["VisionTransformerWideLast", "WideBlock"]
 
@@ -169,7 +169,7 @@ def _create_widelast(variant: str, pretrained: bool = False, **kwargs) -> Vision
 
 default_cfgs = generate_default_cfgs({
     "deit_tiny_widelast.kd_cait_s24_in1k": student_cfg(
-        hf_hub_id="Huiyuancs/Encoding_Mismatch",
+        hf_hub_id=AUTHORS_WEIGHTS,
         hf_hub_filename="models/WideLast/pytorch_model.pth",
         description="Authors' release: DeiT-Tiny + WideLast distilled from CaiT-S24 (SoftKD + MSE feature loss, "
                     "300 epochs), ImageNet-1k top-1 78.23.",
